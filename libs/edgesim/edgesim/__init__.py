@@ -1,0 +1,1 @@
+"""edgesim: a Docker-free local IoT Edge (edgeHub emulator, module supervisor, Azurite launcher)."""
