@@ -1,0 +1,88 @@
+import io
+import json
+import logging
+import random
+import urllib.request
+
+import pytest
+from edgekit import Counters, JsonFormatter, MetricsServer, configure_logging
+from edgekit.metrics import metric_name
+from prometheus_client import CollectorRegistry
+
+
+def fetch(url: str) -> str:
+    assert url.startswith("http://127.")
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback http only
+        return str(response.read().decode())
+
+
+def test_metrics_server_serves_counters_on_a_free_port():
+    registry = CollectorRegistry()
+    counters = Counters(registry)
+    counters.inc("files")
+    counters.inc("rows-in", 41)
+    counters.inc("rows-in")
+    host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+    server = MetricsServer(registry, host=host, port=0)
+    port = server.start()
+    try:
+        assert port > 0
+        assert server.port == port
+        body = fetch(f"http://{host}:{port}/metrics")
+        assert "edgeloop_files_total 1.0" in body
+        assert "edgeloop_rows_in_total 42.0" in body
+    finally:
+        server.stop()
+    with pytest.raises(RuntimeError):
+        _ = server.port
+
+
+def test_registries_are_independent():
+    first, second = Counters(CollectorRegistry()), Counters(CollectorRegistry())
+    first.inc("files")
+    second.inc("files", 2)
+    assert (first.get("files"), second.get("files")) == (1, 2)
+
+
+def test_counters_snapshot_version_and_validation():
+    counters = Counters(CollectorRegistry())
+    assert counters.snapshot() == {}
+    before = counters.version
+    counters.inc("a", 2.5)
+    assert counters.version > before
+    assert counters.snapshot() == {"a": 2.5}
+    assert counters.get("missing") == 0
+    with pytest.raises(ValueError, match="only go up"):
+        counters.inc("a", -1)
+
+
+def test_metric_names_are_sanitised():
+    assert metric_name("rows-in.total") == "rows_in_total"
+    assert metric_name("9lives") == "_9lives"
+
+
+def test_json_lines_with_extras_and_exceptions():
+    stream = io.StringIO()
+    configure_logging("transformer", "DEBUG", stream=stream)
+    log = logging.getLogger("edgeloop.test")
+    try:
+        log.info("read %d rows", 7, extra={"file_id": "abc", "size": 3})
+        try:
+            raise ValueError("Größe")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        configure_logging("x", "WARNING", stream=io.StringIO())
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["msg"] == "read 7 rows"
+    assert (first["level"], first["module"], first["logger"]) == ("INFO", "transformer", "edgeloop.test")
+    assert (first["file_id"], first["size"]) == ("abc", 3)
+    assert first["ts"].endswith("+00:00")
+    assert second["level"] == "ERROR"
+    assert "ValueError: Größe" in second["exc"]
+
+
+def test_formatter_survives_unserialisable_extras():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+    record.thing = object()
+    assert json.loads(JsonFormatter("m").format(record))["thing"].startswith("<object")
