@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft4Validator
-from referencing import Registry, Resource
+from referencing import Registry
 from referencing.jsonschema import DRAFT4, DRAFT7
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ def _registry() -> Registry[Any]:
         contents = json.loads(path.read_text(encoding="utf-8"))
         uri = contents.get("$id") or contents.get("id")
         spec = DRAFT7 if "$id" in contents else DRAFT4
-        resources.append((uri, Resource(contents=contents, specification=spec)))
+        resources.append((uri, spec.create_resource(contents)))
     return Registry().with_resources(resources)
 
 
