@@ -153,13 +153,16 @@ class SettingsManager(Generic[T]):
             if env_name not in environ:
                 continue
             raw = environ[env_name]
+            # Keyed as the twin spells it (the alias, e.g. Blob Storage on IoT Edge's camelCase names), so a
+            # desired patch merges onto the environment's value instead of standing beside it.
+            key = info.alias or name
             if _wants_json(info.annotation):
                 try:
-                    values[name] = json.loads(raw)
+                    values[key] = json.loads(raw)
                 except json.JSONDecodeError as error:
                     problems.append(f"{env_name}: not valid JSON ({error.msg} at char {error.pos})")
             else:
-                values[name] = raw
+                values[key] = raw
         if self._env_prefix:
             known = {self._env_name(name) for name in fields}
             unknown = sorted(key for key in environ if key.startswith(self._env_prefix) and key not in known)

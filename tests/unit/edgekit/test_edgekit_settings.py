@@ -181,3 +181,21 @@ def test_merge_and_diff_patch_are_inverse():
     assert patch == {"b": {"c": 3, "d": None}, "e": None, "f": 5}
     assert merge_patch(old, patch) == new
     assert old == {"a": 1, "b": {"c": 2, "d": [1]}, "e": "x"}  # inputs untouched
+
+
+class Aliased(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    upload: dict[str, int] = Field(default_factory=dict, alias="uploadProperties")
+    order: str = Field(default="OldestFirst", alias="uploadOrder")
+
+
+def test_aliased_fields_read_from_env_by_name_and_patched_by_alias():
+    settings = SettingsManager(Aliased, env_prefix="UP_")
+    settings.load({"UP_UPLOAD": '{"a": 1, "b": 2}', "UP_ORDER": "NewestFirst"})
+    assert settings.current.upload == {"a": 1, "b": 2}
+    update = settings.apply_desired({"uploadProperties": {"b": 3}})
+    # The patch merges onto the environment's document: "a" kept, "b" replaced, the env's order kept.
+    assert update.accepted, update.reason
+    assert settings.current.upload == {"a": 1, "b": 3}
+    assert settings.current.order == "NewestFirst"
