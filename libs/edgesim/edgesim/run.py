@@ -267,6 +267,11 @@ class SimRun:
             env = self._hub.edge_environment(name, self._workload.uri)
             if options.azurite:
                 env["EDGESIM_STORAGE_CONNECTION_STRING"] = variables["STORAGE_CONNECTION_STRING"]
+            # Containers each have their own network namespace, so every edgekit module can serve metrics on
+            # 0.0.0.0:9600; here all modules share the host's, so each takes a free loopback port (reported
+            # in its twin as metrics.port).
+            env["EDGEKIT_METRICS_HOST"] = "127.0.0.1"
+            env["EDGEKIT_METRICS_PORT"] = "0"
             extra_env[name] = env
         create_volume_folders(deployment, self._run_dir)
         specs = build_process_specs(
