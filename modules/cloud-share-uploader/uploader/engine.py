@@ -155,6 +155,11 @@ class Uploader:
         secret = settings.device_to_cloud_upload_properties.cloud_storage_connection_string
         self._secrets = secrets_of(secret.get_secret_value()) if secret else []
 
+    def replace_store(self, store: BlobStore) -> None:
+        """A new credential means a new store; uploads in progress finish or fail on the old one."""
+        self._store = store
+        self._wakeup.set()
+
     def update_settings(self, settings: UploaderSettings) -> None:
         """A validated twin patch. A new connection string also needs a new store (the caller's job)."""
         self.settings = settings
