@@ -38,6 +38,14 @@ class Catalog(Protocol):
 
     def mark_announced(self, path: str, sha256: str) -> None: ...
 
+    def mark_processed(self, sha256: str) -> None:
+        """Downstream confirmed it handled this content: no more re-announcements of any path holding it."""
+        ...
+
+    def unprocessed(self, announced_before: float) -> list[CatalogEntry]:
+        """Announced (wall-clock `announced_at` before the given time) and never confirmed processed."""
+        ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -53,6 +61,10 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (path, sha256)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_path_seq ON files (path, seq);
+CREATE TABLE IF NOT EXISTS processed (
+    sha256 TEXT PRIMARY KEY,
+    processed_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -140,6 +152,22 @@ class SqliteCatalog:
         )
         if cursor.rowcount != 1:
             raise KeyError(f"no catalog entry for {path!r} {sha256}")
+
+    def mark_processed(self, sha256: str) -> None:
+        self._db.execute(
+            "INSERT INTO processed (sha256, processed_at) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING",
+            (sha256, time.time()),
+        )
+
+    def unprocessed(self, announced_before: float) -> list[CatalogEntry]:
+        rows = self._db.execute(
+            """SELECT path, sha256, size, mtime_ns, state FROM files
+               WHERE state = 'announced' AND announced_at < ?
+                 AND sha256 NOT IN (SELECT sha256 FROM processed)
+               ORDER BY announced_at""",
+            (announced_before,),
+        ).fetchall()
+        return [entry for entry in map(self._entry, rows) if entry is not None]
 
     def count(self, state: State | None = None) -> int:
         if state is None:

@@ -124,6 +124,19 @@ class ShareIngestor:
 
     # ---- the loop -------------------------------------------------------------------------------------
 
+    def file_ready(self, rel: str, sha256: str, size: int, mtime_ns: int) -> FileReady:
+        """The announcement for one file, as the configured rules name it (also for re-announcements)."""
+        fmt = format_of(rel)
+        return FileReady(
+            file_id=sha256,
+            path=rel,
+            size=size,
+            mtime=iso_utc_from_ns(mtime_ns),
+            format=fmt.name,
+            compression=fmt.compression,
+            dataset=self._rules.dataset_for(rel),
+        )
+
     async def run(self, stop: asyncio.Event, emit: Emit, on_refused: OnRefused | None = None) -> None:
         """Until `stop` is set. An emit that raises is retried after `retry_seconds`."""
         self._emit, self._on_refused = emit, on_refused
@@ -461,16 +474,7 @@ class ShareIngestor:
             self._finished[rel] = (signature.size, signature.mtime_ns)
             self._stats.unchanged += 1
             return
-        fmt = format_of(rel)
-        record = FileReady(
-            file_id=sha256,
-            path=rel,
-            size=signature.size,
-            mtime=iso_utc_from_ns(signature.mtime_ns),
-            format=fmt.name,
-            compression=fmt.compression,
-            dataset=self._rules.dataset_for(rel),
-        )
+        record = self.file_ready(rel, sha256, signature.size, signature.mtime_ns)
         assert self._emit is not None
         try:
             await self._emit(record)

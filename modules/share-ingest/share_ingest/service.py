@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from pathlib import Path
 
-from edgekit import Context, MethodRequest, MethodResponse, make_message
+from edgekit import (
+    Context,
+    EnvelopeError,
+    Message,
+    MethodRequest,
+    MethodResponse,
+    make_message,
+    parse_message,
+)
 
 from .catalog import SqliteCatalog
 from .ingestor import ShareIngestor
@@ -14,6 +23,7 @@ from .records import FileReady, Refusal
 from .settings import ShareIngestSettings
 
 OUTPUT_FILES = "files"
+INPUT_PROCESSED = "processed"
 
 
 class ShareIngestService:
@@ -24,6 +34,7 @@ class ShareIngestService:
         self._stop_ingestor = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._refusals: list[dict[str, str]] = []
+        self._reannouncer: asyncio.Task[None] | None = None
 
     async def start(self, ctx: Context[ShareIngestSettings]) -> None:
         self._ctx = ctx
@@ -31,9 +42,14 @@ class ShareIngestService:
         self._catalog.open()
         ctx.settings.subscribe(self._restart_with)
         ctx.transport.on_method("status", self._status)
+        ctx.transport.on_input(INPUT_PROCESSED, self._on_processed)
         self._launch(ctx.settings.current)
+        self._reannouncer = asyncio.create_task(self._reannounce_unconfirmed(ctx))
 
     async def stop(self) -> None:
+        if self._reannouncer is not None:
+            self._reannouncer.cancel()
+            await asyncio.gather(self._reannouncer, return_exceptions=True)
         await self._halt()
         if self._catalog is not None:
             self._catalog.close()
@@ -79,6 +95,37 @@ class ShareIngestService:
         ctx.logger.info(
             "announced %s", ready.path, extra={"file_id": ready.file_id, "dataset": ready.dataset}
         )
+
+    async def _on_processed(self, message: Message) -> None:
+        ctx = self._require_ctx()
+        try:
+            _, body = parse_message(message, "file-processed")
+            file_id = str(body["file_id"])
+        except (EnvelopeError, KeyError) as error:
+            ctx.logger.warning("ignored a message on %s: %s", INPUT_PROCESSED, error)
+            return
+        assert self._catalog is not None
+        self._catalog.mark_processed(file_id)
+        ctx.counters.inc("confirmed")
+
+    async def _reannounce_unconfirmed(self, ctx: Context[ShareIngestSettings]) -> None:
+        while not ctx.stopping.is_set():
+            after = ctx.settings.current.reannounce_after_seconds
+            if after <= 0:
+                await asyncio.sleep(30)
+                continue
+            await asyncio.sleep(min(after / 4, 30))
+            assert self._catalog is not None
+            assert self._ingestor is not None
+            for entry in self._catalog.unprocessed(announced_before=time.time() - after):
+                ready = self._ingestor.file_ready(entry.path, entry.sha256, entry.size, entry.mtime_ns)
+                try:
+                    await self._announce(ready)
+                except Exception:  # edgeHub unreachable: the next round tries again
+                    ctx.logger.exception("re-announcing %s failed", entry.path)
+                    break
+                self._catalog.mark_announced(entry.path, entry.sha256)
+                ctx.counters.inc("reannounced")
 
     async def _refused(self, refusal: Refusal) -> None:
         ctx = self._require_ctx()
