@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgesim.control import ControlClient, ControlError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgekit import Context, Message, MethodRequest, MethodResponse, run_module
 from pydantic import BaseModel, ConfigDict
+
+from edgekit import Context, Message, MethodRequest, MethodResponse, run_module
 
 SDK_CLIENT = Path(__file__).resolve().parents[1] / "fixtures" / "sdk_clients" / "module_client.py"
 DEVICE = "sim-device"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgesim.hub import EdgeHub, HubConfig
 from edgesim.sas import build_token, module_resource
 from edgesim.workload import WorkloadApi

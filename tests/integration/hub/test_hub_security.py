@@ -7,6 +7,7 @@ import base64
 import ssl
 
 import pytest
+
 from edgesim.sas import generate_key
 
 TO_CONSUMER = (

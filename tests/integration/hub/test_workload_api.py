@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import aiohttp
+
 from edgesim.sas import sign
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
+
 from uploader import (
     AzureBlobStore,
     FileState,

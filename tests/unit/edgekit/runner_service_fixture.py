@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgekit import Context, InMemoryTransport, Message, run_module
 from pydantic import BaseModel, ConfigDict
+
+from edgekit import Context, InMemoryTransport, Message, run_module
 
 
 class Settings(BaseModel):

@@ -2,6 +2,7 @@ import hashlib
 import json
 
 import pytest
+
 from edgekit import EnvelopeError, Message, content_id, json_content_id, make_message, parse_message
 
 

@@ -5,6 +5,7 @@ import textwrap
 import threading
 
 import pytest
+
 from edgekit import Item, Ledger, LedgerCorruptError, LedgerError, LedgerStateError
 
 STATES = ("seen", "staged", "done")

@@ -5,9 +5,10 @@ import random
 import urllib.request
 
 import pytest
+from prometheus_client import CollectorRegistry
+
 from edgekit import Counters, JsonFormatter, MetricsServer, configure_logging
 from edgekit.metrics import metric_name
-from prometheus_client import CollectorRegistry
 
 
 def fetch(url: str) -> str:

@@ -8,8 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from edgekit import EXIT_BAD_SETTINGS, EXIT_FAILED, EXIT_OK, Context, InMemoryTransport, Message, Runner
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit import EXIT_BAD_SETTINGS, EXIT_FAILED, EXIT_OK, Context, InMemoryTransport, Message, Runner
 
 FIXTURE = Path(__file__).with_name("runner_service_fixture.py")
 

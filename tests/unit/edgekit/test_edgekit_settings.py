@@ -1,8 +1,9 @@
 from typing import Annotated, Literal
 
 import pytest
-from edgekit import SettingsError, SettingsManager, diff_patch, merge_patch
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from edgekit import SettingsError, SettingsManager, diff_patch, merge_patch
 
 
 class Model(BaseModel):

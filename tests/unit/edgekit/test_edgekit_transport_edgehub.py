@@ -7,6 +7,7 @@ from typing import Any
 
 from azure.iot.device import Message as SdkMessage
 from azure.iot.device import MethodRequest as SdkMethodRequest
+
 from edgekit import EdgeHubTransport, Message
 from edgekit.messages import MethodRequest, MethodResponse
 from edgekit.transport_edgehub import from_sdk_message, to_sdk_message

@@ -3,6 +3,7 @@ import logging
 from typing import Any
 
 import pytest
+
 from edgekit import InMemoryTransport, Message, MethodRequest, MethodResponse, make_message
 
 

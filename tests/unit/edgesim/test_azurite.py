@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+
 from edgesim.azurite import Azurite, AzuriteError, export_blobs, find_azurite_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

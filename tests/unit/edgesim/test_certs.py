@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+
 from edgesim.certs import ensure_certificates, server_ssl_context
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgesim.__main__ import main
 from edgesim.control import ControlClient, ControlError, ControlServer, ModuleAction, UnknownModuleError
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgesim.manifest import ManifestError, Volume, expand_string, load_manifest, parse_manifest
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "manifests" / "two_modules.json"

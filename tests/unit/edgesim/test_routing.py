@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from edgesim.messages import HubMessage
 from edgesim.routing import (
     DEFAULT_PRIORITY,

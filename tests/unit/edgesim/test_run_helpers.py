@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from edgesim import run as run_module
 from edgesim.report import HubFigures, build_report, module_entry
 from edgesim.run import RunError, copy_tree_atomically, pick_loopback_host, port_free, prepare_run_dir

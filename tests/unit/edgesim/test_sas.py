@@ -6,6 +6,7 @@ import base64
 import urllib.parse
 
 import pytest
+
 from edgesim.sas import SasError, build_token, generate_key, module_resource, parse_token, sign, verify_token
 
 RESOURCE = module_resource("hub.azure-devices.net", "dev", "mod")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from edgesim.messages import HubMessage
 from edgesim.store import MessageStore
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from edgesim.manifest import Deployment, ModuleSpec, RestartPolicy, Volume
 from edgesim.supervisor import (
     ProcessSpec,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgesim.twins import MAX_DEPTH, MAX_SECTION_BYTES, TwinError, TwinStore
 
 MODEL = {"name": "sensor-ae", "version": "1", "uri": "file:///data/models/1.onnx", "sha256": "ab" * 32}

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from share_ingest import Catalog, SqliteCatalog
 
 SHA_A = "a" * 64

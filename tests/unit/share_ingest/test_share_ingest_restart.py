@@ -8,6 +8,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 import pytest
+
 from share_ingest import SqliteCatalog
 
 if TYPE_CHECKING:

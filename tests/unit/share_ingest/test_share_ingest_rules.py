@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from asyncinotify import Mask
 from pydantic import ValidationError
+
 from share_ingest import FileReady, IngestConfig
 from share_ingest.records import iso_utc_from_ns
 from share_ingest.rules import Kind, Rules, display_path, format_of, name_problem, path_problem

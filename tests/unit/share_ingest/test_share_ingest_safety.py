@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
 from share_ingest import IngestConfig, Refusal, ShareIngestor, SqliteCatalog
 from share_ingest.watcher import FolderAppeared, HintSink, InotifyWatcher, Rescan, WatchLimitReached
 

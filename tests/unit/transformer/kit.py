@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from transformer import DatasetContract, Limits, TransformResult, transform_file
 
 MODULE_ROOT = Path(__file__).resolve().parents[3] / "modules" / "transformer"

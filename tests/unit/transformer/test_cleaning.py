@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from transformer import DatasetContract
 
 from tests.unit.transformer.kit import (
     SENSOR_CONTRACT,
@@ -17,6 +16,7 @@ from tests.unit.transformer.kit import (
     transform,
     write_text,
 )
+from transformer import DatasetContract
 
 UTC = dt.UTC
 

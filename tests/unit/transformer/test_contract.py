@@ -7,10 +7,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
-from transformer import DatasetContract, schema_fingerprint
-from transformer import contract as contract_module
 
 from tests.unit.transformer.kit import SENSOR_CONTRACT, contract
+from transformer import DatasetContract, schema_fingerprint
+from transformer import contract as contract_module
 
 
 def test_documented_example_is_a_valid_contract() -> None:

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+
 from transformer.cleaning import RowDigestSet, row_digests
 
 

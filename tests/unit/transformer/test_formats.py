@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from transformer import ColumnType, FileFormat, infer_contract
 
 from tests.unit.transformer.kit import SMALL_LIMITS, contract, read_output, transform
+from transformer import ColumnType, FileFormat, infer_contract
 
 UTC = dt.UTC
 ROWS = [

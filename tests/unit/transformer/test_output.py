@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from transformer import Limits, schema_fingerprint
-from transformer import writer as writer_module
 
 from tests.unit.transformer.kit import SMALL_LIMITS, all_files, contract, read_output, transform, write_text
+from transformer import Limits, schema_fingerprint
+from transformer import writer as writer_module
 
 SOURCE_ID = "9f" * 32
 

@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import pytest
-from transformer import FileRejection, RejectReason, quarantine_file
 
 from tests.unit.transformer.kit import (
     SMALL_LIMITS,
@@ -17,6 +16,7 @@ from tests.unit.transformer.kit import (
     transform,
     write_text,
 )
+from transformer import FileRejection, RejectReason, quarantine_file
 
 GOOD_BODY = "".join(f"2024-01-01T00:00:{i:02d},d,1,{i}\n" for i in range(60))
 GOOD_CSV = "ts,device_id,temperature,count\n" + GOOD_BODY

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import pytest
+
 from uploader import FakeBlobStore, FileState, StorageUnavailable, StoreError, UploadResult
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from uploader.policy import (
     Backoff,
     Identity,

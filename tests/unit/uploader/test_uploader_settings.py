@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+
 from uploader import RedactingFilter, UploaderSettings, UploadOrder, redact, secrets_of
 
 SAS_SIG = "sIgNaTuRe%2Bwith%2Fescapes%3D"
