@@ -44,6 +44,6 @@ def configure_logging(module: str, level: str | int = "INFO", stream: TextIO | N
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    # The SDK and paho are chatty at INFO about every connection step.
-    for noisy in ("azure.iot.device", "paho"):
+    # The SDKs and paho are chatty at INFO: every connection step, every HTTP request and its headers.
+    for noisy in ("azure", "paho"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -27,6 +27,7 @@ from .queue import UploadQueue
 from .redact import RedactingFilter, secrets_of
 
 INPUT_BATCHES = "batches"
+INPUT_QUARANTINE = "quarantine"
 OUTPUT_UPLOADED = "uploaded"
 
 
@@ -57,6 +58,7 @@ class UploaderService:
         )
         ctx.settings.subscribe(self._settings_changed)
         ctx.transport.on_input(INPUT_BATCHES, self._on_batch)
+        ctx.transport.on_input(INPUT_QUARANTINE, self._on_quarantined)
         ctx.transport.on_method("status", self._status)
         self._task = asyncio.create_task(self._run(self._engine))
 
@@ -118,17 +120,33 @@ class UploaderService:
         ctx = self._require_ctx()
         try:
             _, body = parse_message(message, "batch-ready")
-            path = str(body["path"])
+            paths = [str(body["path"])]
         except (EnvelopeError, KeyError) as error:
             ctx.counters.inc("bad_messages")
             ctx.logger.warning("ignored a message on %s: %s", INPUT_BATCHES, error)
             return
+        self._submit(paths)
+
+    async def _on_quarantined(self, message: Message) -> None:
+        ctx = self._require_ctx()
         try:
-            if self._require_engine().submit(path):
-                ctx.counters.inc("queued")
-        except ValueError as error:
+            _, body = parse_message(message, "quarantined")
+        except EnvelopeError as error:
             ctx.counters.inc("bad_messages")
-            ctx.logger.warning("refused %r: %s", path, error)
+            ctx.logger.warning("ignored a message on %s: %s", INPUT_QUARANTINE, error)
+            return
+        # Rejected rows and files go up too, with their reason files, so nothing is lost at the edge.
+        self._submit([str(body[key]) for key in ("path", "reason_path") if body.get(key)])
+
+    def _submit(self, paths: list[str]) -> None:
+        ctx = self._require_ctx()
+        for path in paths:
+            try:
+                if self._require_engine().submit(path):
+                    ctx.counters.inc("queued")
+            except ValueError as error:
+                ctx.counters.inc("bad_messages")
+                ctx.logger.warning("refused %r: %s", path, error)
 
     async def _announce(self, result: UploadResult) -> None:
         ctx = self._require_ctx()
