@@ -80,6 +80,16 @@ class Counters:
             self._values[name] += amount
             self._version += 1
 
+    def restore(self, totals: object) -> None:
+        """Continue from the totals a previous run of the module reported (its twin keeps them), so the
+        reported counters stay totals across restarts and crashes. Non-numeric entries are ignored."""
+        if not isinstance(totals, dict):
+            return
+        for name, value in totals.items():
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(name, str) and numeric and value > 0 and self.get(name) == 0:
+                self.inc(name, value)
+
     def get(self, name: str) -> int | float:
         with self._lock:
             return self._values.get(name, 0)

@@ -216,6 +216,7 @@ class Runner(Generic[T]):
 
         await transport.connect()
         twin = await transport.get_twin()
+        ctx.counters.restore(twin.get("reported", {}).get("counters"))
         update = self._settings.apply_desired(twin.get("desired", {}), full=True)
         transport.on_desired(self._on_desired)
         await transport.patch_reported(

@@ -87,3 +87,41 @@ def test_formatter_survives_unserialisable_extras():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
     record.thing = object()
     assert json.loads(JsonFormatter("m").format(record))["thing"].startswith("<object")
+
+
+def test_counters_continue_from_reported_totals():
+    counters = Counters(CollectorRegistry())
+    counters.inc("rows", 5)
+    counters.restore({"files": 3, "rows": 100, "label": "x", "flag": True, "negative": -2})
+    # Restored where nothing was counted yet; a counter this run already moved keeps its own value.
+    assert counters.snapshot() == {"files": 3, "rows": 5}
+    counters.inc("files")
+    assert counters.get("files") == 4
+    counters.restore(None)
+    assert counters.get("files") == 4
+
+
+async def test_runner_restores_counters_from_the_twin(tmp_path):
+    from pydantic import BaseModel, ConfigDict
+
+    from edgekit import InMemoryTransport, Runner
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class Idle:
+        async def start(self, ctx):
+            ctx.counters.inc("files")
+
+        async def stop(self):
+            return None
+
+    transport = InMemoryTransport()
+    transport.reported = {"counters": {"files": 41, "rows": 7}}  # what the hub kept from the last run
+    environ = {"IOTEDGE_MODULEID": "idle", "EDGEKIT_STATE_DIR": str(tmp_path), "EDGEKIT_METRICS_PORT": "0"}
+    runner = Runner(Idle(), Settings, environ=environ, transport_factory=lambda: transport)
+    await runner.start()
+    try:
+        assert runner.ctx.counters.snapshot() == {"files": 42, "rows": 7}
+    finally:
+        await runner.stop()
