@@ -80,36 +80,43 @@ def transformer(source: Path, cloud: Path, limits: Limits) -> float:
     return elapsed
 
 
+def run(rows: int = 1_000_000, repeat: int = 3) -> list[dict[str, Any]]:
+    """One result (DESIGN.md §8 shape): transformer rows/s against the raw pyarrow baseline, same run."""
+    limits = Limits()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        source = work / "input.csv"
+        make_csv(source, rows)
+        best_base = min(baseline(source, work / f"base-{i}.parquet") for i in range(repeat))
+        best_ours = min(transformer(source, work / f"cloud-{i}", limits) for i in range(repeat))
+        ours, base = rows / best_ours, rows / best_base
+        return [
+            {
+                "name": "transformer_csv_to_parquet",
+                "value": round(ours),
+                "unit": "rows/s",
+                "baseline_value": round(base),
+                "ratio": round(ours / base, 3),
+                "params": {
+                    "rows": rows,
+                    "bytes": source.stat().st_size,
+                    "columns": len(CONTRACT.columns),
+                    "chunk_bytes": limits.chunk_bytes,
+                    "read_block_bytes": limits.read_block_bytes,
+                    "baseline": "pyarrow read_csv(explicit types) + write_table(zstd), whole file in memory",
+                    "repeat": repeat,
+                },
+            }
+        ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    limits = Limits()
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        source = work / "input.csv"
-        make_csv(source, args.rows)
-        best_base = min(baseline(source, work / f"base-{i}.parquet") for i in range(args.repeat))
-        best_ours = min(transformer(source, work / f"cloud-{i}", limits) for i in range(args.repeat))
-        ours, base = args.rows / best_ours, args.rows / best_base
-        report: dict[str, Any] = {
-            "name": "transformer_csv_to_parquet",
-            "value": round(ours),
-            "unit": "rows/s",
-            "baseline_value": round(base),
-            "ratio": round(ours / base, 3),
-            "params": {
-                "rows": args.rows,
-                "bytes": source.stat().st_size,
-                "columns": len(CONTRACT.columns),
-                "chunk_bytes": limits.chunk_bytes,
-                "read_block_bytes": limits.read_block_bytes,
-                "baseline": "pyarrow read_csv(explicit types) + write_table(zstd), whole file in memory",
-                "repeat": args.repeat,
-            },
-        }
-    print(json.dumps(report))
+    for result in run(args.rows, args.repeat):
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
