@@ -463,7 +463,8 @@ class EdgeHub:
         connection = session.connection
         while True:
             packet = await asyncio.wait_for(mqtt.read_packet(connection.reader, limit), timeout)
-            self._last_activity = time.time()
+            if not isinstance(packet, PingReqPacket):  # keep-alives are not work: they must not hold off idle
+                self._last_activity = time.time()
             if isinstance(packet, PublishPacket):
                 await self._on_publish(session, packet)
             elif isinstance(packet, PubackPacket):
