@@ -13,7 +13,7 @@ from referencing.jsonschema import DRAFT4, DRAFT7
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"
-TEMPLATES = sorted(p for p in REPO.glob("*.template.json"))
+TEMPLATES = sorted(REPO.glob("deployment*.template.json"))
 
 
 def _registry() -> Registry[Any]:
