@@ -3,6 +3,7 @@
     python -m edgesim run --manifest deployment.template.json --out runs/demo --until-idle
     python -m edgesim status | twin get M | twin patch M '{"k": 1}' | method M NAME ['{...}'] [--timeout S]
     python -m edgesim module kill|stop|start|restart M
+    python -m edgesim storage stop|start
 
 Control commands find the run through `--run RUN_DIR` (default `runs/latest`), print JSON and exit non-zero
 on failure.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgesim.control import MODULE_ACTIONS, ControlClient, ControlError
+from edgesim.control import MODULE_ACTIONS, STORAGE_ACTIONS, ControlClient, ControlError
 from edgesim.run import RunError, RunOptions, run_simulation
 
 DEFAULT_RUN = Path("runs/latest")
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     module.add_argument("action", choices=MODULE_ACTIONS)
     with_run(module)
     module.add_argument("module")
+
+    storage = commands.add_parser("storage", help="stop or start the run's Blob storage (Azurite)")
+    storage.add_argument("action", choices=STORAGE_ACTIONS)
+    with_run(storage)
     return parser
 
 
@@ -159,6 +164,8 @@ def _control(args: argparse.Namespace) -> int:
         result = client.invoke_method(args.module, args.name, args.payload, args.timeout)
         status = result.get("status")
         ok = isinstance(status, int) and 200 <= status < 300
+    elif args.command == "storage":
+        result = client.storage_action(args.action)
     else:
         result = client.module_action(args.module, args.action)
     print(json.dumps(result, indent=2, ensure_ascii=False))

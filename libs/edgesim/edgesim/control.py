@@ -5,7 +5,8 @@ While a run goes on, `RUN_DIR/control.json` (mode 0600) holds `{"url", "token"}`
 can kill modules and rewrite twins; it is not meant to protect against the account that started the run.
 
 Routes: GET /status, GET /twins/{m}, PATCH /twins/{m}/desired, POST /modules/{m}/methods/{name}
-(`{"payload", "timeout"}` -> `{"status", "payload"}`), POST /modules/{m}/{stop|kill|start|restart}.
+(`{"payload", "timeout"}` -> `{"status", "payload"}`), POST /modules/{m}/{stop|kill|start|restart},
+POST /storage/{stop|start} (Blob storage taken away and brought back, for fault tests).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from aiohttp import web
 
 ModuleAction = Literal["stop", "kill", "start", "restart"]
 MODULE_ACTIONS: tuple[ModuleAction, ...] = ("stop", "kill", "start", "restart")
+StorageAction = Literal["stop", "start"]
+STORAGE_ACTIONS: tuple[StorageAction, ...] = ("stop", "start")
 CONTROL_FILE = "control.json"
 
 
@@ -51,9 +54,24 @@ class ControlTarget(Protocol):
     async def module_action(self, module: str, action: ModuleAction) -> dict[str, Any]: ...
 
 
+class StorageTarget(Protocol):
+    """Blob storage a run can take away and bring back (same port, same data). RuntimeError -> 409."""
+
+    async def storage_action(self, action: StorageAction) -> dict[str, Any]: ...
+
+
 class ControlServer:
-    def __init__(self, target: ControlTarget, run_dir: Path, host: str = "127.0.0.1") -> None:
+    """`storage`: what /storage/{stop|start} drives; without one those routes answer 409."""
+
+    def __init__(
+        self,
+        target: ControlTarget,
+        run_dir: Path,
+        host: str = "127.0.0.1",
+        storage: StorageTarget | None = None,
+    ) -> None:
         self._target = target
+        self._storage = storage
         self._run_dir = run_dir
         self._host = host
         self._token = ""
@@ -76,6 +94,7 @@ class ControlServer:
         app.router.add_patch("/twins/{module}/desired", self._patch_desired)
         app.router.add_post("/modules/{module}/methods/{method}", self._invoke_method)
         app.router.add_post("/modules/{module}/{action}", self._module_action)
+        app.router.add_post("/storage/{action}", self._storage_action)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, 0)
@@ -148,6 +167,18 @@ class ControlServer:
         state = await self._target.module_action(request.match_info["module"], action)
         return web.json_response(state)
 
+    async def _storage_action(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        if action not in STORAGE_ACTIONS:
+            return web.json_response(
+                {"error": f"unknown storage action {action!r}; one of {', '.join(STORAGE_ACTIONS)}"},
+                status=404,
+            )
+        if self._storage is None:
+            raise RuntimeError("this run has no Blob storage to stop or start")
+        state = await self._storage.storage_action(action)
+        return web.json_response(state)
+
 
 async def _json_body(request: web.Request) -> Any:
     try:
@@ -212,6 +243,10 @@ class ControlClient:
     def module_action(self, module: str, action: ModuleAction) -> dict[str, Any]:
         # A graceful stop may take the module's whole grace period.
         return self._call("POST", f"/modules/{_segment(module)}/{action}", read_within=60)
+
+    def storage_action(self, action: StorageAction) -> dict[str, Any]:
+        # Starting waits until Azurite answers again, which can take its whole start-up time.
+        return self._call("POST", f"/storage/{_segment(action)}", read_within=90)
 
     def _call(
         self, verb: str, path: str, body: Mapping[str, Any] | None = None, read_within: float = 30

@@ -32,7 +32,7 @@ from edgesim.azurite import (
     find_azurite_binary,
     free_port,
 )
-from edgesim.control import ControlServer, ModuleAction, UnknownModuleError
+from edgesim.control import ControlServer, ModuleAction, StorageAction, UnknownModuleError
 from edgesim.hub import EdgeHub, HubConfig, HubStats
 from edgesim.manifest import Deployment, ManifestError, load_manifest
 from edgesim.report import HubFigures, build_report, module_entry, write_report
@@ -189,6 +189,8 @@ class SimRun:
         self._problems: list[str] = []
         self._socket_dir: Path | None = None
         self._log_handler: logging.Handler | None = None
+        self._storage_stopped_on_request = False
+        self._storage_stops = 0
 
     # ------------------------------------------------------------------------------ the whole run
 
@@ -280,7 +282,7 @@ class SimRun:
         self._supervisor = Supervisor(
             specs, backoff_cap=options.backoff_cap_s, stop_grace=options.stop_grace_s
         )
-        self._control = ControlServer(self, self._run_dir)
+        self._control = ControlServer(self, self._run_dir, storage=self)
         await self._control.start()
         log.info("hub on %s:%d, control API on %s", host, HUB_PORT, self._control.url)
         self._say(f"edgesim: hub {host}:{HUB_PORT}, control {self._control.url}, run dir {self._run_dir}")
@@ -316,7 +318,12 @@ class SimRun:
                 if snapshot != last_snapshot:
                     last_snapshot = snapshot
                     last_change = now
-                if supervisor.busy() or not self._all_connected_or_ended():
+                # Storage taken away on request will come back: the backlog it holds up is not idleness.
+                if (
+                    supervisor.busy()
+                    or not self._all_connected_or_ended()
+                    or self._storage_stopped_on_request
+                ):
                     last_busy = now
                 if now >= next_progress:
                     self._print_progress(now, stats)
@@ -438,6 +445,14 @@ class SimRun:
                 ok = False
         if self._control is not None:
             await self._control.stop()
+        if self._azurite is not None and self._storage_stopped_on_request:
+            # What reached storage is the run's result: bring it back (no module is left to upload) to export.
+            try:
+                await self._azurite.start()
+                self._storage_stopped_on_request = False
+            except AzuriteError as error:
+                self._problems.append(f"restarting storage to export blobs: {error}")
+                ok = False
         if self._azurite is not None and self._azurite.running:
             try:
                 count = await asyncio.to_thread(
@@ -481,6 +496,7 @@ class SimRun:
                 "data_files": self._data_files,
                 "manifest": str(self._options.manifest),
                 "warnings": deployment.warnings if deployment is not None else [],
+                "storage": self._storage_state(),
             },
         )
         write_report(self._run_dir / "report.json", report)
@@ -505,6 +521,7 @@ class SimRun:
             "pending": dict(stats.pending) if stats is not None else {},
             "delivered": dict(stats.delivered) if stats is not None else {},
             "data_copied": self._data_copied,
+            "storage": self._storage_state(),
         }
 
     def get_twin(self, module: str) -> dict[str, Any]:
@@ -545,7 +562,44 @@ class SimRun:
         self._last_control = time.time()
         return supervisor.state(module).as_dict()
 
+    async def storage_action(self, action: StorageAction) -> dict[str, Any]:
+        azurite = self._azurite
+        if azurite is None:
+            raise RuntimeError("this run has no Blob storage (--no-azurite)")
+        self._last_control = time.time()
+        if action == "stop":
+            if not azurite.running:
+                raise RuntimeError("storage is not running")
+            await azurite.stop()
+            self._storage_stopped_on_request = True
+            self._storage_stops += 1
+            log.info("storage stopped on request")
+        else:
+            if azurite.running:
+                raise RuntimeError("storage is already running")
+            try:
+                await azurite.start()
+            except AzuriteError as error:
+                raise RuntimeError(f"storage did not start: {error}") from None
+            self._storage_stopped_on_request = False
+            log.info("storage started on request at %s", azurite.blob_endpoint)
+        self._last_control = time.time()
+        state = self._storage_state()
+        assert state is not None
+        return state
+
     # ------------------------------------------------------------------------------------ helpers
+
+    def _storage_state(self) -> dict[str, Any] | None:
+        azurite = self._azurite
+        if azurite is None:
+            return None
+        return {
+            "running": azurite.running,
+            "stopped_on_request": self._storage_stopped_on_request,
+            "stops": self._storage_stops,
+            "endpoint": azurite.blob_endpoint,
+        }
 
     def _check_module(self, module: str) -> None:
         if self._deployment is None or module not in self._deployment.modules:

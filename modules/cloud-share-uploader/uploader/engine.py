@@ -121,6 +121,7 @@ class Uploader:
         random_unit: Callable[[], float] = random.random,
         disk_usage: Callable[[Path], DiskUsage] | None = None,
         on_uploaded: Callable[[UploadResult], Awaitable[None]] | None = None,
+        on_trouble: Callable[[str], None] | None = None,
     ) -> None:
         self._share = share_root
         self._store = store
@@ -130,6 +131,9 @@ class Uploader:
         self._random_unit = random_unit
         self._disk_usage = disk_usage or _disk_usage
         self._on_uploaded = on_uploaded
+        # "offline" when an outage begins, "retry" for every failed attempt that will be retried: the
+        # module turns them into counters, so an operator sees an outage in the twin, not only in logs.
+        self._on_trouble = on_trouble or (lambda kind: None)
         self._in_flight: set[str] = set()
         self._ready_containers: set[str] = set()
         self._previous_scan: dict[str, tuple[int, int]] = {}
@@ -411,7 +415,10 @@ class Uploader:
             self._offline_attempts += 1
             self._offline_until = now + delay
             log.warning("storage unavailable, retrying in %.1fs: %s", delay, message)
+            if self._offline_attempts == 1:
+                self._on_trouble("offline")
         self._stats.failures += 1
+        self._on_trouble("retry")
         self._queue.record_failure(queued.path, message, self._offline_until, count_attempt=False)
 
     def _failed(self, queued: QueuedFile, error: Exception) -> None:
@@ -421,6 +428,7 @@ class Uploader:
             queued.path, message, self._clock.time() + delay, count_attempt=True
         )
         self._stats.failures += 1
+        self._on_trouble("retry")
         log.error(
             "upload of %s failed (attempt %d), retrying in %.1fs: %s", queued.path, attempts, delay, message
         )

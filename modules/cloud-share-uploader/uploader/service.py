@@ -55,6 +55,7 @@ class UploaderService:
             queue=self._queue,
             identity=Identity.from_environ(os.environ),
             on_uploaded=self._announce,
+            on_trouble=self._count_trouble,
         )
         ctx.settings.subscribe(self._settings_changed)
         ctx.transport.on_input(INPUT_BATCHES, self._on_batch)
@@ -162,6 +163,9 @@ class UploaderService:
         ctx.counters.inc("skipped" if result.skipped else "uploaded")
         if not result.skipped:
             ctx.counters.inc("bytes", result.bytes)
+
+    def _count_trouble(self, kind: str) -> None:
+        self._require_ctx().counters.inc("offline" if kind == "offline" else "retries")
 
     async def _status(self, request: MethodRequest) -> MethodResponse:
         return MethodResponse.ok(dataclasses.asdict(self._require_engine().stats()))
