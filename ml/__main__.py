@@ -6,6 +6,7 @@ Exit status: 0 done, 1 refused (bad data, integrity failure, existing version, .
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -41,6 +42,9 @@ _TRAIN_OPTIONS: tuple[tuple[str, type, str], ...] = (
 )
 
 
+_EXTENSIONS = ("ml.deploy.cli",)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -71,6 +75,10 @@ def _build_parser() -> argparse.ArgumentParser:
     verify = actions.add_parser("verify", help="check a version's model.onnx against its card")
     verify.add_argument("name")
     verify.add_argument("version", nargs="?", default=LATEST)
+
+    # Commands that own their output and exit code register a `func` handler (text, not JSON, on stdout).
+    for extension in _EXTENSIONS:
+        importlib.import_module(extension).add_subcommands(commands)
     # `--root` is accepted after the action too (`registry list --root R`), which is where people put it.
     for action in (register, listing, show, fetch, verify):
         action.add_argument("--root", type=Path, default=None, dest="action_root", help=_ROOT_HELP)
@@ -138,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    handler = getattr(args, "func", None)
+    if handler is not None:
+        return int(handler(args))
     try:
         result = _run(args)
     except ValidationError as exc:
