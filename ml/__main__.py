@@ -42,10 +42,27 @@ _TRAIN_OPTIONS: tuple[tuple[str, type, str], ...] = (
 )
 
 
-_EXTENSIONS = ("ml.deploy.cli",)
+# Command -> the module adding it. Imported only when asked for (azure-ai-ml alone takes 1.5 s to import),
+# so `ml train` and `ml registry` stay quick; all of them for help and usage errors.
+_EXTENSIONS = {
+    "manifest": "ml.deploy.cli",
+    "deploy": "ml.deploy.cli",
+    "azureml": "ml.azureml.cli",
+    "images": "ml.images.cli",
+}
+_OWN_COMMANDS = ("train", "registry")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _extensions_for(argv: Sequence[str]) -> list[str]:
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in _OWN_COMMANDS:
+        return []
+    if command in _EXTENSIONS:
+        return [_EXTENSIONS[command]]
+    return sorted(set(_EXTENSIONS.values()))
+
+
+def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("version", nargs="?", default=LATEST)
 
     # Commands that own their output and exit code register a `func` handler (text, not JSON, on stdout).
-    for extension in _EXTENSIONS:
+    for extension in _extensions_for(argv):
         importlib.import_module(extension).add_subcommands(commands)
     # `--root` is accepted after the action too (`registry list --root R`), which is where people put it.
     for action in (register, listing, show, fetch, verify):
@@ -140,15 +157,20 @@ def _run(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser(arguments).parse_args(arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    handler = getattr(args, "func", None)
+    handler = getattr(args, "func", None) or getattr(args, "handler", None)
     if handler is not None:
-        return int(handler(args))
+        try:
+            return int(handler(args))
+        except MlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         result = _run(args)
     except ValidationError as exc:
