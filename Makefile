@@ -28,8 +28,13 @@ $(PY_STAMP): $(PY) requirements-dev.txt libs/edgekit/pyproject.toml libs/edgesim
 	$(PY) -m pip install --quiet -r requirements-dev.txt $(foreach r,$(MODULE_REQUIREMENTS),-r $(r))
 	touch $@
 
-$(NODE_STAMP): package.json package-lock.json
-	scripts/ensure-node
+SYSTEM_STAMP := $(VENV)/.system-packages
+
+$(SYSTEM_STAMP): scripts/ensure-system-packages | $(PY)
+	scripts/ensure-system-packages
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json $(SYSTEM_STAMP)
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
