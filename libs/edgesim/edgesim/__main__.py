@@ -22,6 +22,7 @@ from typing import Any
 
 from edgesim.control import MODULE_ACTIONS, STORAGE_ACTIONS, ControlClient, ControlError
 from edgesim.run import RunError, RunOptions, run_simulation
+from edgesim.twins import merge_patch
 
 DEFAULT_RUN = Path("runs/latest")
 
@@ -38,6 +39,27 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _desired_arg(text: str) -> tuple[str, dict[str, Any]]:
+    module, separator, value = text.partition("=")
+    if not separator or not module:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE=JSON or MODULE=@FILE")
+    try:
+        raw = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+        patch = json.loads(raw)
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"--desired {module}: {error}") from error
+    if not isinstance(patch, dict):
+        raise argparse.ArgumentTypeError(f"--desired {module}: the patch must be a JSON object")
+    return module, patch
 
 
 def _json_arg(text: str) -> Any:
@@ -65,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="command for a module that is not a folder under modules/ (repeatable)",
     )
     run.add_argument("--data", type=Path, help="files to copy into the local share once modules are up")
+    run.add_argument(
+        "--data-interval",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="feed --data one file every SECONDS, in name order (default: all at once)",
+    )
+    run.add_argument(
+        "--desired",
+        type=_desired_arg,
+        action="append",
+        default=[],
+        metavar="MODULE=JSON|@FILE",
+        help="merge a patch into a module's desired properties before it starts (repeatable)",
+    )
+    run.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="register MODEL_DIR in the run's registry; assign it to gpu-inferencer and retrain-trigger",
+    )
     ending = run.add_mutually_exclusive_group()
     ending.add_argument("--duration", type=_positive, metavar="SECONDS")
     ending.add_argument("--until-idle", action="store_true")
@@ -121,6 +164,13 @@ def _point_latest(out: Path) -> None:
         latest.symlink_to(out.name)
 
 
+def _merged_patches(patches: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for module, patch in patches:
+        merge_patch(merged.setdefault(module, {}), patch)
+    return merged
+
+
 def _run(args: argparse.Namespace) -> int:
     out: Path = args.out if args.out is not None else _default_out()
     options = RunOptions(
@@ -129,6 +179,9 @@ def _run(args: argparse.Namespace) -> int:
         repo_root=args.repo_root.resolve(),
         module_commands=dict(args.module),
         data=args.data,
+        data_interval_s=args.data_interval,
+        desired_patches=_merged_patches(args.desired),
+        model=args.model,
         duration_s=args.duration,
         until_idle=args.until_idle,
         idle_seconds=args.idle_seconds,

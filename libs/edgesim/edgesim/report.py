@@ -80,9 +80,10 @@ def build_report(
             name: {"desired": twin.get("desired", {}), "reported": twin.get("reported", {})}
             for name, twin in twins.items()
         },
-        # Filled by the model-serving and retrain issues; empty until then.
-        "models_served": [],
-        "retrain_requests": [],
+        # What modules report of themselves: gpu-inferencer its `modelsServed`, retrain-trigger its
+        # `retrainRequests` (any module may report either).
+        "models_served": _collect(twins, "modelsServed"),
+        "retrain_requests": _collect(twins, "retrainRequests"),
         "duration_s": round(ended - started, 3),
         "delivered": dict(hub.delivered) if hub is not None else {},
         "pending": dict(hub.pending) if hub is not None else {},
@@ -93,6 +94,15 @@ def build_report(
     if extra:
         report.update({key: value for key, value in extra.items() if key not in report})
     return report
+
+
+def _collect(twins: Mapping[str, Mapping[str, Any]], key: str) -> list[Any]:
+    found: list[Any] = []
+    for twin in twins.values():
+        value = twin.get("reported", {}).get(key)
+        if isinstance(value, list):
+            found.extend(value)
+    return found
 
 
 def write_report(path: Path, report: Mapping[str, Any]) -> None:

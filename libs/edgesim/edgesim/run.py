@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import random
@@ -35,6 +36,7 @@ from edgesim.azurite import (
 from edgesim.control import ControlServer, ModuleAction, StorageAction, UnknownModuleError
 from edgesim.hub import EdgeHub, HubConfig, HubStats
 from edgesim.manifest import Deployment, ManifestError, load_manifest
+from edgesim.models import MODELS_TARGET, REGISTRY_SUBDIR, ModelError, register_model
 from edgesim.report import HubFigures, build_report, module_entry, write_report
 from edgesim.supervisor import (
     CRASH_LOOP_THRESHOLD,
@@ -44,6 +46,7 @@ from edgesim.supervisor import (
     create_volume_folders,
     volume_folder,
 )
+from edgesim.twins import merge_patch
 from edgesim.workload import WorkloadApi
 
 log = logging.getLogger("edgesim.run")
@@ -66,6 +69,10 @@ class RunOptions:
     repo_root: Path
     module_commands: Mapping[str, str] = field(default_factory=dict)
     data: Path | None = None
+    data_interval_s: float = 0.0
+    desired_patches: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    model: Path | None = None
+    model_modules: tuple[str, ...] = ("gpu-inferencer", "retrain-trigger")
     duration_s: float | None = None
     until_idle: bool = False
     idle_seconds: float = 5.0
@@ -126,19 +133,30 @@ def pick_loopback_host(port: int = HUB_PORT, attempts: int = 50) -> str:
     raise RunError(f"no loopback address with port {port} free after {attempts} tries")
 
 
+def data_files_in_order(source: Path) -> list[Path]:
+    """The files of a --data folder in the order they arrive: names starting with `_` (contracts and other
+    side files a folder's data relies on) first, then by path."""
+    files = [path for path in source.rglob("*") if path.is_file()]
+    return sorted(
+        files, key=lambda path: (not path.name.startswith("_"), path.relative_to(source).as_posix())
+    )
+
+
+def copy_file_atomically(path: Path, source: Path, dest: Path) -> None:
+    """Write under a temporary name, then rename: a watcher never sees half a file."""
+    target = dest / path.relative_to(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.edgesim-partial")
+    shutil.copyfile(path, temporary)
+    os.replace(temporary, target)
+
+
 def copy_tree_atomically(source: Path, dest: Path) -> int:
     """Copy every file under `source` to `dest`, each written under a temporary name then renamed."""
-    copied = 0
-    for path in sorted(source.rglob("*")):
-        if not path.is_file():
-            continue
-        target = dest / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.edgesim-partial")
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, target)
-        copied += 1
-    return copied
+    files = data_files_in_order(source)
+    for path in files:
+        copy_file_atomically(path, source, dest)
+    return len(files)
 
 
 def snapshot_tree(root: Path) -> frozenset[tuple[str, int, int]]:
@@ -151,6 +169,12 @@ def snapshot_tree(root: Path) -> frozenset[tuple[str, int, int]]:
                 info = os.stat(path)
                 entries.add((path, info.st_size, info.st_mtime_ns))
     return frozenset(entries)
+
+
+def _patch_desired(deployment: Deployment, module: str, patch: Mapping[str, Any]) -> None:
+    desired = copy.deepcopy(deployment.desired.get(module, {}))
+    merge_patch(desired, patch)
+    deployment.desired[module] = desired
 
 
 def _figures(stats: HubStats) -> HubFigures:
@@ -230,6 +254,7 @@ class SimRun:
             storage = connection_string("127.0.0.1", azurite_port)
             variables["STORAGE_CONNECTION_STRING"] = storage
         deployment = load_manifest(options.manifest, variables)
+        self._apply_desired_overrides(deployment)
         self._deployment = deployment
         for warning in deployment.warnings:
             log.warning("%s: %s", options.manifest, warning)
@@ -290,6 +315,37 @@ class SimRun:
         for name, state in self._supervisor.states().items():
             if state.spawn_error is not None:
                 raise RunError(f"module {name} could not start: {state.spawn_error}")
+
+    def _apply_desired_overrides(self, deployment: Deployment) -> None:
+        """--desired patches and --model, merged into the modules' initial desired properties (as a layered
+        deployment would add to the base one)."""
+        options = self._options
+        for module, patch in options.desired_patches.items():
+            if module not in deployment.modules:
+                raise RunError(f"--desired names {module!r}, which the manifest does not have")
+            _patch_desired(deployment, module, patch)
+        if options.model is None:
+            return
+        registry = self._models_folder(deployment) / REGISTRY_SUBDIR
+        try:
+            model = register_model(options.model, registry)
+        except ModelError as error:
+            raise RunError(f"--model: {error}") from error
+        assigned = [name for name in options.model_modules if name in deployment.modules]
+        if not assigned:
+            raise RunError(f"--model: none of {', '.join(options.model_modules)} is in the manifest")
+        for name in assigned:
+            _patch_desired(deployment, name, {"model": model.desired()})
+        self._say(
+            f"edgesim: model {model.name} {model.version} registered and assigned to {', '.join(assigned)}"
+        )
+
+    def _models_folder(self, deployment: Deployment) -> Path:
+        for module in deployment.modules.values():
+            for volume in module.volumes:
+                if volume.target.rstrip("/") == MODELS_TARGET:
+                    return volume_folder(self._run_dir, volume)
+        raise RunError(f"--model: no module mounts {MODELS_TARGET}, so no module could read the model")
 
     async def _wait_for_end(self) -> None:
         options = self._options
@@ -365,7 +421,18 @@ class SimRun:
             self._ever_connected.update(self._require_hub().stats().connected)
             await asyncio.sleep(0.2)
         share = self._share_folder()
-        self._data_files = await asyncio.to_thread(copy_tree_atomically, source, share)
+        interval = self._options.data_interval_s
+        if interval <= 0:
+            self._data_files = await asyncio.to_thread(copy_tree_atomically, source, share)
+        else:
+            # A stream rather than a drop: one file every `interval` seconds, as data arrives at a site.
+            files = data_files_in_order(source)
+            for index, path in enumerate(files):
+                await asyncio.to_thread(copy_file_atomically, path, source, share)
+                self._data_files = index + 1
+                self._say(f"edgesim: fed {path.relative_to(source)} ({index + 1}/{len(files)})")
+                if index + 1 < len(files):
+                    await asyncio.sleep(interval)
         self._data_copied = True
         log.info("copied %d input files into %s", self._data_files, share)
         self._say(f"edgesim: copied {self._data_files} files into {share}")
