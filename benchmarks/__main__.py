@@ -20,7 +20,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 # module name -> keyword arguments for a quick run (sizes a few seconds each on 2 cores)
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "transformer_bench": {"rows": 200_000, "repeat": 2},
-    "inferencer_bench": {"quick": True},
+    "inferencer_bench": {},
 }
 
 
