@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from edgekit import (
@@ -26,8 +26,13 @@ from .policy import Identity, UploadResult
 from .queue import UploadQueue
 from .redact import RedactingFilter, secrets_of
 
-INPUT_BATCHES = "batches"
-INPUT_QUARANTINE = "quarantine"
+# Input -> the claim check it carries and the keys naming files in the cloud share. Rejected rows and files
+# go up too, with their reason files, so nothing is lost at the edge; so do the inferencer's per-row scores.
+CLAIM_CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "batches": ("batch-ready", ("path",)),
+    "quarantine": ("quarantined", ("path", "reason_path")),
+    "scores": ("scores", ("path",)),
+}
 OUTPUT_UPLOADED = "uploaded"
 
 
@@ -58,8 +63,8 @@ class UploaderService:
             on_trouble=self._count_trouble,
         )
         ctx.settings.subscribe(self._settings_changed)
-        ctx.transport.on_input(INPUT_BATCHES, self._on_batch)
-        ctx.transport.on_input(INPUT_QUARANTINE, self._on_quarantined)
+        for input_name in CLAIM_CHECKS:
+            ctx.transport.on_input(input_name, self._claim_check_handler(input_name))
         ctx.transport.on_method("status", self._status)
         self._task = asyncio.create_task(self._run(self._engine))
 
@@ -117,27 +122,25 @@ class UploaderService:
         engine.replace_store(self._store_or_offline())
         engine.update_settings(settings)
 
-    async def _on_batch(self, message: Message) -> None:
-        ctx = self._require_ctx()
-        try:
-            _, body = parse_message(message, "batch-ready")
-            paths = [str(body["path"])]
-        except (EnvelopeError, KeyError) as error:
-            ctx.counters.inc("bad_messages")
-            ctx.logger.warning("ignored a message on %s: %s", INPUT_BATCHES, error)
-            return
-        self._submit(paths)
+    def _claim_check_handler(self, input_name: str) -> Callable[[Message], Awaitable[None]]:
+        kind, path_keys = CLAIM_CHECKS[input_name]
 
-    async def _on_quarantined(self, message: Message) -> None:
-        ctx = self._require_ctx()
-        try:
-            _, body = parse_message(message, "quarantined")
-        except EnvelopeError as error:
-            ctx.counters.inc("bad_messages")
-            ctx.logger.warning("ignored a message on %s: %s", INPUT_QUARANTINE, error)
-            return
-        # Rejected rows and files go up too, with their reason files, so nothing is lost at the edge.
-        self._submit([str(body[key]) for key in ("path", "reason_path") if body.get(key)])
+        async def handle(message: Message) -> None:
+            ctx = self._require_ctx()
+            try:
+                _, body = parse_message(message, kind)
+            except EnvelopeError as error:
+                ctx.counters.inc("bad_messages")
+                ctx.logger.warning("ignored a message on %s: %s", input_name, error)
+                return
+            paths = [str(body[key]) for key in path_keys if body.get(key)]
+            if not paths:
+                ctx.counters.inc("bad_messages")
+                ctx.logger.warning("a %s message on %s names no file", kind, input_name)
+                return
+            self._submit(paths)
+
+        return handle
 
     def _submit(self, paths: list[str]) -> None:
         ctx = self._require_ctx()
