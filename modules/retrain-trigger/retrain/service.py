@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,10 @@ class RetrainService:
         self._backend_config: Any = None
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
+        self._last_evaluation: dict[str, Any] | None = None
+        self._last_outcome: tuple[Any, ...] | None = None
+        self._last_reported: dict[str, Any] | None = None
+        self._saved_snapshot: dict[str, Any] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 
@@ -359,6 +365,13 @@ class RetrainService:
         ctx = self._require_ctx()
         at = _iso_at(decision.at)
         entry = decision.to_json(at)
+        self._last_evaluation = entry
+        outcome = (entry.get("triggered"), entry.get("reason"), entry.get("suppressed"))
+        if not decision.triggered and outcome == self._last_outcome:
+            # The same verdict as last time: kept for `status`, not recorded again.
+            ctx.logger.debug("decision unchanged: %s", decision.detail)
+            return None
+        self._last_outcome = outcome
         ctx.counters.inc("decisions")
         ctx.logger.info("decision: %s", decision.detail, extra={"decision": entry})
         self._state.last_decision = entry
@@ -705,6 +718,7 @@ class RetrainService:
             "lastJob": self._state.last_job,
             "lastCandidate": self._state.last_candidate,
             "lastDecision": self._state.last_decision,
+            "lastEvaluation": self._last_evaluation,
         }
 
     def _serving_section(self) -> dict[str, Any] | None:
@@ -718,7 +732,16 @@ class RetrainService:
         )
 
     async def _report(self) -> None:
-        await self._require_ctx().transport.patch_reported(
+        # Only what changed goes to the twin: an unchanged verdict every tick is no news, and would keep the
+        # hub busy for nothing.
+        reported = self._reported()
+        if reported == self._last_reported:
+            return
+        await self._require_ctx().transport.patch_reported(reported)
+        self._last_reported = reported
+
+    def _reported(self) -> dict[str, Any]:
+        return copy.deepcopy(
             {
                 "lastDecision": self._state.last_decision,
                 "decisions": self._state.decisions,
@@ -735,7 +758,13 @@ class RetrainService:
     # ---- helpers ----------------------------------------------------------------------------------------
 
     def _save(self) -> None:
+        # Written when something a restart needs changed; the schedule's last check alone is not worth a disk
+        # write every tick (a stale one cannot fire a schedule twice: a fire is always saved).
+        snapshot = {**asdict(self._state), "last_schedule_check": None}
+        if snapshot == self._saved_snapshot:
+            return
         self._state.save(self._state_path())
+        self._saved_snapshot = snapshot
 
     def _state_path(self) -> Path:
         return self._require_ctx().state_dir / STATE_FILE

@@ -190,6 +190,17 @@ async def test_score_drift_requests_once_per_cooldown(harness: Harness) -> None:
         )
         assert transport.reported["lastDecision"]["evidence"]["drift"]["score"]["rows"] == 600
 
+        # The same verdict again is no news: not recorded, not reported, the twin left alone.
+        patches = len(transport.reported_patches)
+        harness.clock.advance(1)
+        repeat, _ = await service.evaluate()
+        assert repeat.suppressed is not None
+        assert repeat.suppressed.value == "cooldown"
+        assert len(transport.reported["decisions"]) == 2
+        assert len(transport.reported_patches) == patches
+        status = await transport.call_method("status")
+        assert status.payload["lastEvaluation"]["suppressed"] == "cooldown"
+
         harness.clock.advance(10 * 60)
         again, _ = await service.evaluate()
         assert again.triggered
