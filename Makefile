@@ -53,7 +53,7 @@ pytest: setup
 test: lint typecheck pytest
 
 run: setup
-	$(PY) -m edgesim run --manifest deployment.template.json --data samples/stream --until-idle --out $(RUN_DIR)
+	$(PY) scripts/demo.py --out $(RUN_DIR)
 
 bench: setup
 	$(PY) -m benchmarks
