@@ -77,7 +77,7 @@ def test_every_row_transformed_scored_and_uploaded_once(demo_run: Path) -> None:
         table = pq.read_table(path, columns=["timestamp", "device_id"])
         keys.update(zip(table["timestamp"].to_pylist(), table["device_id"].to_pylist(), strict=True))
     assert len(keys) == rows  # no row twice, even across files
-    versions: set[str] = set()
+    versions: set[object] = set()
     for path in scores:
         versions.update(pq.read_table(path, columns=["model_version"])["model_version"].to_pylist())
     assert versions == {"1", "2"}
