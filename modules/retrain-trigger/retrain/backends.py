@@ -136,8 +136,12 @@ class LocalProcessBackend:
         kill_grace_s: float = 5.0,
         tail_lines: int = 50,
         logger: logging.Logger | None = None,
+        data: str | None = None,
     ) -> None:
         self.command = check_template(command, TRAIN_PLACEHOLDERS)
+        # {data} is the local training folder, unless the job reads its data elsewhere (Azure ML: a datastore
+        # path over the Blob container the uploader fills).
+        self.data = data
         self.cloud_share = cloud_share
         self.timeout_s = timeout_s
         self.python = python
@@ -153,7 +157,7 @@ class LocalProcessBackend:
             self.command,
             {
                 "python": self.python,
-                "data": str(request.data_dir),
+                "data": self.data if self.data is not None else str(request.data_dir),
                 "cloud_share": str(self.cloud_share),
                 "out": str(request.out_dir),
                 "name": request.name,

@@ -658,25 +658,28 @@ class RetrainService:
     # ---- backends ---------------------------------------------------------------------------------------
 
     def _rebuild_backend(self, settings: RetrainSettings) -> None:
-        config = (settings.backend, settings.local, settings.cloud_share_dir)
+        config = (settings.backend, settings.local, settings.azureml, settings.cloud_share_dir)
         if self._backend is not None and config == self._backend_config:
             return
         self._backend_config = config
         if self._backend_factory is not None:
             self._backend = self._backend_factory(settings)
             return
-        if settings.backend != "local":
+        if settings.backend == "none":
             self._backend = None
             return
-        local = settings.local
+        local, azureml = settings.local, settings.azureml
+        # Both backends run a process: the training itself, or `ml azureml train` waiting for the cloud job.
+        remote = settings.backend == "azureml"
         self._backend = LocalProcessBackend(
-            local.command,
+            azureml.command if remote else local.command,
             cloud_share=Path(settings.cloud_share_dir),
-            timeout_s=local.timeout_s,
+            timeout_s=azureml.timeout_s if remote else local.timeout_s,
             python=local.python or _default_python(),
             cwd=Path(local.cwd) if local.cwd else None,
             env=local.env,
             logger=self._require_ctx().logger,
+            data=azureml.data if remote else None,
         )
 
     def _registry(self, settings: RetrainSettings) -> ModelRegistry:

@@ -21,6 +21,14 @@ DEFAULT_REGISTER_COMMAND = (
 )  # fmt: skip
 
 
+# The same training script, run as an Azure ML command job by `python -m ml azureml train`, which waits for it
+# and downloads the model into {out}; registration then goes on as for a local job.
+DEFAULT_AZUREML_COMMAND = (
+    "{python}", "-m", "ml", "azureml", "train", "--data", "{data}", "--wait", "--download", "{out}",
+    "--", "--name", "{name}", "--seed", "{seed}",
+)  # fmt: skip
+
+
 class DriftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -94,6 +102,22 @@ class LocalBackendSettings(BaseModel):
         return _template(value, REGISTER_PLACEHOLDERS)
 
 
+class AzureMLBackendSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    data: str | None = None
+    """The training data as Azure ML sees it: `azureml://datastores/<ds>/paths/<folder>/` over the Blob
+    container the uploader fills, or a data asset `azureml:<name>:<version>`. Required for this backend."""
+    command: tuple[str, ...] = DEFAULT_AZUREML_COMMAND
+    """Placeholders as for the local command; {data} is `data` above. Workspace settings (AZUREML_*) come
+    from the environment (`local.env`) or `.env` in `local.cwd`."""
+    timeout_s: float = Field(default=6 * 3600.0, gt=0)
+
+    @field_validator("command")
+    @classmethod
+    def _train_template(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _template(value, TRAIN_PLACEHOLDERS)
+
+
 class PromotionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -129,20 +153,19 @@ class RetrainSettings(BaseModel):
     decisions_kept: int = Field(default=20, ge=1, le=200)
     """How many past decisions, requests and promotions reported properties keep."""
     backend: Literal["none", "local", "azureml"] = "none"
-    """none: only emit the retrain-request; local: also run training here."""
+    """none: only emit the retrain-request; local: also run training here; azureml: submit it as an Azure ML
+    command job and wait for its model."""
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+    """The local backend's commands; `cwd`, `python` and `env` also apply to the azureml backend's process."""
+    azureml: AzureMLBackendSettings = Field(default_factory=AzureMLBackendSettings)
     seed: int = 0
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
-    @field_validator("backend")
-    @classmethod
-    def _available(cls, value: str) -> str:
-        if value == "azureml":
-            raise ValueError(
-                "the azureml backend is not part of this build (it comes with the Azure adapter work); "
-                "use 'none' and let the retrain-request start the cloud job, or 'local'"
-            )
-        return value
+    @model_validator(mode="after")
+    def _backend_configured(self) -> RetrainSettings:
+        if self.backend == "azureml" and not self.azureml.data:
+            raise ValueError("backend azureml needs azureml.data (the datastore path or asset to train on)")
+        return self
 
 
 def _template(value: tuple[str, ...], placeholders: tuple[str, ...]) -> tuple[str, ...]:

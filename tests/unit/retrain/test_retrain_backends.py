@@ -99,6 +99,28 @@ async def test_placeholders_reach_the_command(tmp_path: Path) -> None:
     ]
 
 
+async def test_the_azureml_command_gets_the_datastore_path_as_data(tmp_path: Path) -> None:
+    from retrain.settings import RetrainSettings
+
+    settings = RetrainSettings.model_validate(
+        {"backend": "azureml", "azureml": {"data": "azureml://datastores/edge/paths/dev1/sensors/"}}
+    )
+    remote = LocalProcessBackend(
+        settings.azureml.command,
+        cloud_share=tmp_path / "cloud",
+        timeout_s=5,
+        python="python3",
+        data=settings.azureml.data,
+    )
+    req = request(tmp_path)
+    assert remote.argv(req) == [
+        "python3", "-m", "ml", "azureml", "train",
+        "--data", "azureml://datastores/edge/paths/dev1/sensors/",
+        "--wait", "--download", str(req.out_dir),
+        "--", "--name", "sensor-ae", "--seed", "3",
+    ]  # fmt: skip
+
+
 async def test_a_failing_job_reports_its_exit_code_and_output(tmp_path: Path) -> None:
     failing = script(
         tmp_path,

@@ -421,7 +421,7 @@ async def test_an_unavailable_backend_is_rejected_and_the_last_good_settings_sta
         await transport.set_desired({"backend": "azureml"})
         settings = transport.reported["settings"]
         assert settings["status"] == "rejected"
-        assert "Azure adapter" in settings["reason"]
+        assert "azureml.data" in settings["reason"]
         await transport.set_desired({"backend": "local", "local": {"command": ["{python}", "{nope}"]}})
         settings = transport.reported["settings"]
         assert settings["status"] == "rejected"
