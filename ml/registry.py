@@ -109,18 +109,7 @@ class LocalRegistry:
         self._lock_timeout_s = lock_timeout_s
 
     def register(self, model_dir: Path, *, name: str | None = None, version: str | None = None) -> ModelRef:
-        card = read_card(model_dir)
-        name = name or card.name
-        _check_name(name)
-        if version is not None:
-            _check_version(version)
-        source = model_dir / card.model_file
-        if not source.is_file():
-            raise ModelNotFoundError(f"{source} is missing")
-        actual = sha256_file(source)
-        if actual != card.model_sha256:
-            raise IntegrityError(f"{source}: sha256 {actual} does not match the card's {card.model_sha256}")
-
+        card, name, source = checked_for_registration(model_dir, name, version)
         model_root = self.root / name
         model_root.mkdir(parents=True, exist_ok=True)
         staging = model_root / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
@@ -156,7 +145,7 @@ class LocalRegistry:
 
     def list(self, name: str | None = None) -> list[ModelRef]:
         if name is not None:
-            _check_name(name)
+            check_name(name)
             names = [name]
         elif self.root.is_dir():
             names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
@@ -169,7 +158,7 @@ class LocalRegistry:
         return refs
 
     def get(self, name: str, version: str = LATEST) -> ModelRef:
-        _check_name(name)
+        check_name(name)
         resolved = self._resolve(name, version)
         folder = self.root / name / resolved
         try:
@@ -215,7 +204,7 @@ class LocalRegistry:
             if not versions:
                 raise ModelNotFoundError(f"no versions of {name!r} in {self.root}")
             return str(versions[-1])
-        _check_version(version)
+        check_version(version)
         if not (self.root / name / version).is_dir():
             raise ModelNotFoundError(f"{name} version {version} is not in {self.root}")
         return version
@@ -253,12 +242,31 @@ class LocalRegistry:
             ) from exc
 
 
-def _check_name(name: str) -> None:
+def checked_for_registration(
+    model_dir: Path, name: str | None, version: str | None
+) -> tuple[ModelCard, str, Path]:
+    """What every registry checks before it takes a model: a valid name and version, and a model file that
+    matches its card. Returns (card, the name to register under, the model file)."""
+    card = read_card(model_dir)
+    name = name or card.name
+    check_name(name)
+    if version is not None:
+        check_version(version)
+    source = model_dir / card.model_file
+    if not source.is_file():
+        raise ModelNotFoundError(f"{source} is missing")
+    actual = sha256_file(source)
+    if actual != card.model_sha256:
+        raise IntegrityError(f"{source}: sha256 {actual} does not match the card's {card.model_sha256}")
+    return card, name, source
+
+
+def check_name(name: str) -> None:
     if not NAME_PATTERN.match(name):
         raise RegistryError(f"invalid model name {name!r}")
 
 
-def _check_version(version: str) -> None:
+def check_version(version: str) -> None:
     if not VERSION_PATTERN.match(version):
         raise RegistryError(f"invalid version {version!r}: a positive integer, or 'latest' where allowed")
 

@@ -31,7 +31,6 @@ from ml.card import (
     NAME_PATTERN,
     VERSION_PATTERN,
     ModelCard,
-    read_card,
     sha256_file,
     write_card,
 )
@@ -42,6 +41,9 @@ from ml.registry import (
     ModelRef,
     RegistryError,
     VersionExistsError,
+    check_name,
+    check_version,
+    checked_for_registration,
 )
 
 MODEL_TYPE = "custom_model"
@@ -97,17 +99,7 @@ class AzureMLRegistry:
         self._datastore = datastore or workspace.settings.datastore
 
     def register(self, model_dir: Path, *, name: str | None = None, version: str | None = None) -> ModelRef:
-        card = read_card(model_dir)
-        name = name or card.name
-        _check_name(name)
-        if version is not None:
-            _check_version(version)
-        source = model_dir / card.model_file
-        if not source.is_file():
-            raise ModelNotFoundError(f"{source} is missing")
-        actual = sha256_file(source)
-        if actual != card.model_sha256:
-            raise IntegrityError(f"{source}: sha256 {actual} does not match the card's {card.model_sha256}")
+        card, name, source = checked_for_registration(model_dir, name, version)
 
         if version is None:
             version = str(max(self._versions(name), default=0) + 1)
@@ -153,7 +145,7 @@ class AzureMLRegistry:
 
     def list(self, name: str | None = None) -> list[ModelRef]:
         if name is not None:
-            _check_name(name)
+            check_name(name)
             names = [name]
         else:
             try:
@@ -219,7 +211,7 @@ class AzureMLRegistry:
 
     def _resolve(self, name: str, version: str) -> str:
         if version != LATEST:
-            _check_version(version)
+            check_version(version)
             return version
         versions = self._versions(name)
         if not versions:
@@ -236,7 +228,7 @@ class AzureMLRegistry:
         return asset
 
     def _load(self, name: str, version: str) -> tuple[ModelCard, DatastorePath]:
-        _check_name(name)
+        check_name(name)
         resolved = self._resolve(name, version)
         asset = self._asset(name, resolved)
         if asset is None:
@@ -285,16 +277,6 @@ def _folder_of(asset: Model) -> DatastorePath:
         raise IntegrityError(f"{asset.name} version {asset.version} has no path")
     folder = DatastorePath.parse(str(asset.path))
     return DatastorePath(folder.datastore, folder.path.rstrip("/") + "/")
-
-
-def _check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name):
-        raise RegistryError(f"invalid model name {name!r}")
-
-
-def _check_version(version: str) -> None:
-    if not VERSION_PATTERN.match(version):
-        raise RegistryError(f"invalid version {version!r}: a positive integer, or 'latest' where allowed")
 
 
 def _first_line(exc: AzureError) -> str:
