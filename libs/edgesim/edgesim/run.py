@@ -375,10 +375,13 @@ class SimRun:
                     last_snapshot = snapshot
                     last_change = now
                 # Storage taken away on request will come back: the backlog it holds up is not idleness.
+                # So is a module that says it is working without messages (a training job, say): reported
+                # `busy: true` in its twin.
                 if (
                     supervisor.busy()
                     or not self._all_connected_or_ended()
                     or self._storage_stopped_on_request
+                    or self._modules_report_busy(hub)
                 ):
                     last_busy = now
                 if now >= next_progress:
@@ -446,6 +449,9 @@ class SimRun:
         folder = self._run_dir / "volumes" / "share"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def _modules_report_busy(self, hub: EdgeHub) -> bool:
+        return any(hub.get_twin(name).get("reported", {}).get("busy") is True for name in hub.config.modules)
 
     def _pending_that_can_move(self, stats: HubStats) -> int:
         """Messages waiting for an endpoint that will take them; those for a module that is stopped for good

@@ -755,6 +755,8 @@ class RetrainService:
                 "lastCandidate": self._state.last_candidate,
                 "serving": self._serving_section(),
                 "modelError": self._model_error,
+                # Working without messages while a training job runs: edgesim waits for it before idling.
+                "busy": self._state.job is not None,
             }
         )
 
