@@ -24,6 +24,12 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
 }
 
 
+def _shape(params: dict[str, Any]) -> str:
+    """The parameters that tell apart the results of one benchmark (batch size, threads, rows)."""
+    keys = ("rows", "batch_rows", "intra_op_threads", "rows_per_request", "clients")
+    return " ".join(f"{key.split('_')[0]}={params[key]}" for key in keys if key in params)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHMARKS)})")
@@ -48,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         for result in produced:
+            number = result["value"]
+            value = (
+                f"{number:,.0f} {result['unit']}" if abs(number) >= 100 else f"{number:.3g} {result['unit']}"
+            )
             print(
-                f"   {result['name']:<44} {result['value']:>14,} {result['unit']:<7} ratio {result['ratio']}"
+                f"   {result['name']:<40} {_shape(result['params']):<22} {value:>20}  ratio {result['ratio']}"
             )
         results.extend(produced)
         print(f"   ({time.monotonic() - started:.1f} s)", flush=True)
