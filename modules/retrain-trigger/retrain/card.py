@@ -3,7 +3,6 @@ references that name it (`registry://name/version`, `file:///abs/dir`)."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -14,6 +13,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit import content_id
 
 CARD_FILE = "model.json"
 
@@ -158,7 +159,7 @@ def load_card(model_dir: Path, *, verify: bool = True, sha256: str | None = None
     card = ModelCard.from_json(raw, model_dir)
     if verify:
         try:
-            digest = file_sha256(card.model_path)
+            digest = content_id(card.model_path)
         except FileNotFoundError as error:
             raise CardError(f"{card.model_path} is missing") from error
         if digest != card.model_sha256:
@@ -186,14 +187,6 @@ def resolve_model_dir(uri: str, registry_root: Path) -> Path:
 
 def registry_uri(name: str, version: str) -> str:
     return f"registry://{name}/{version}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_time(value: Any) -> datetime | None:
