@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -53,18 +51,6 @@ class Echo:
         return None
 
 
-def free_loopback_host(port: int = 8883) -> str:
-    for _ in range(200):
-        host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return host
-    raise RuntimeError("no free loopback address found")
-
-
 async def eventually(check: Callable[[], Any], within_s: float = 30.0) -> Any:
     async def poll() -> Any:
         while not (result := check()):
@@ -77,11 +63,14 @@ async def eventually(check: Callable[[], Any], within_s: float = 30.0) -> Any:
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
     """The emulator and its workload API URI."""
-    edgesim_hub = pytest.importorskip("edgesim.hub")
-    workload_module = pytest.importorskip("edgesim.workload")
+    # Imported here: this file is also the echo module's program, which must not need the simulator.
+    from edgesim import hub as edgesim_hub
+    from edgesim import workload as workload_module
+    from edgesim.run import random_loopback_host
+
     socket_dir = Path(tempfile.mkdtemp(prefix="ek-", dir="/tmp"))  # AF_UNIX paths are short
     config = edgesim_hub.HubConfig(
-        host=free_loopback_host(),
+        host=random_loopback_host(),
         device_id=DEVICE,
         iothub_hostname="edgeloop-sim.azure-devices.net",
         state_dir=tmp_path / "hub",

@@ -122,15 +122,21 @@ def port_free(host: str, port: int) -> bool:
         return True
 
 
-def pick_loopback_host(port: int = HUB_PORT, attempts: int = 50) -> str:
-    """127.0.0.1 if `port` is free there, else a random 127.x.y.z (all of 127/8 is loopback on Linux)."""
-    if port_free("127.0.0.1", port):
-        return "127.0.0.1"
+def random_loopback_host(port: int = HUB_PORT, attempts: int = 200) -> str:
+    """A random 127.x.y.z where `port` is free (all of 127/8 is loopback on Linux): the SDK's port is fixed
+    at 8883, so runs and tests side by side need different addresses."""
     for _ in range(attempts):
         host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
         if port_free(host, port):
             return host
     raise RunError(f"no loopback address with port {port} free after {attempts} tries")
+
+
+def pick_loopback_host(port: int = HUB_PORT, attempts: int = 50) -> str:
+    """127.0.0.1 if `port` is free there, else a random loopback address."""
+    if port_free("127.0.0.1", port):
+        return "127.0.0.1"
+    return random_loopback_host(port, attempts)
 
 
 def data_files_in_order(source: Path) -> list[Path]:

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 from edgesim.hub import EdgeHub, HubConfig
+from edgesim.run import random_loopback_host
 from edgesim.sas import build_token, module_resource
 from edgesim.workload import WorkloadApi
 
@@ -29,19 +28,6 @@ DEVICE = "sim-device"
 IOTHUB = "edgeloop-sim.azure-devices.net"
 
 pytestmark = pytest.mark.integration
-
-
-def free_loopback_host(port: int = 8883) -> str:
-    """A random 127.x.y.z where `port` is free (the SDK's port is fixed, so the address must vary)."""
-    for _ in range(200):
-        host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return host
-    raise RuntimeError("no free loopback address found")
 
 
 @dataclass
@@ -187,7 +173,7 @@ class HubHarness:
     def __init__(self, base: Path, socket_dir: Path) -> None:
         self.base = base
         self.socket_dir = socket_dir
-        self.host = free_loopback_host()
+        self.host = random_loopback_host()
         self.hub: EdgeHub | None = None
         self.workload: WorkloadApi | None = None
         self.config: HubConfig | None = None

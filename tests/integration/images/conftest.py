@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from edgesim.azurite import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -28,12 +29,6 @@ if str(REPO_ROOT) not in sys.path:
 from tests.integration.images.docker_kit import Engine  # noqa: E402
 
 START_TIMEOUT_S = 60.0
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait(check: str, ready: object, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -102,7 +97,7 @@ def engine() -> Iterator[Engine]:
         stdout=engine_log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    registry_address = f"127.0.0.1:{_free_port('127.0.0.1')}"
+    registry_address = f"127.0.0.1:{free_port('127.0.0.1')}"
     config = state / "registry.yml"
     config.write_text(
         "version: 0.1\n"

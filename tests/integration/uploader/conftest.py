@@ -12,20 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from edgesim.azurite import connection_string, free_port
+
 REPO = Path(__file__).resolve().parents[3]
 MODULE_DIR = REPO / "modules" / "cloud-share-uploader"
 sys.path.insert(0, str(MODULE_DIR))
 
 AZURITE = REPO / "node_modules" / ".bin" / "azurite-blob"
-# Azurite's well-known development account (public, documented by Microsoft; not a secret).
-ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class Azurite:
@@ -40,10 +33,7 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint=http://{self.host}:{self.port}/{ACCOUNT};"
-        )
+        return connection_string(self.host, self.port)
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -116,4 +106,4 @@ def azurite_factory(tmp_path: Path) -> Iterator[Callable[[], Azurite]]:
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on (it was free a moment ago)."""
-    return free_port()
+    return free_port("127.0.0.1")
